@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from typing import IO
 import docker
 import pytest
 
+from hullguard.agent import stats as agent_stats
 from hullguard.journal.record import DetectionRecord
 from hullguard.journal.store import JournalStore
 
@@ -131,7 +133,30 @@ class Agent:
                     return r
             time.sleep(0.02)
         pytest.fail(f"no matching journal record within {timeout} s; have {self.records()}; "
-                    f"agent log: {self.errors()}")
+                    f"agent counters: {agent_stats.read(self.run_dir)}; agent log: {self.errors()}; "
+                    f"agent threads: {self.threads()}")
+
+    def threads(self) -> str:
+        """Where each of the agent's threads waits, for the message of a failed test: the
+        kernel's wait channel and stack of every thread, and Python stacks when py-spy is
+        installed (``pip install py-spy``; not a dependency)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return f"agent exited with {self.proc.returncode if self.proc else None}"
+        lines = []
+        for task in sorted(Path(f"/proc/{self.proc.pid}/task").iterdir(), key=lambda p: int(p.name)):
+            with contextlib.suppress(OSError):
+                comm = (task / "comm").read_text().strip()
+                wchan = (task / "wchan").read_text().strip()
+                stack = " < ".join(ln.split()[1] for ln in (task / "stack").read_text().splitlines()[:6]
+                                   if len(ln.split()) > 1)
+                lines.append(f"{task.name} {comm} wchan={wchan} [{stack}]")
+        spy = shutil.which("py-spy")
+        if spy is not None:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                out = subprocess.run([spy, "dump", "--pid", str(self.proc.pid)], capture_output=True,
+                                     text=True, timeout=30)
+                lines.append(out.stdout + out.stderr)
+        return "\n".join(lines)
 
 
 def new_agent(made: list[Agent], base: Path, host_paths: list[str], **kw: object) -> Agent:

@@ -144,3 +144,45 @@ def test_the_agent_never_scans_its_own_files_on_a_protected_filesystem(
     out = subprocess.run(["cat", str(rule)], capture_output=True, timeout=30)  # others are still stopped
     assert out.returncode != 0 and b"not permitted" in out.stderr
     assert agent.proc.poll() is None and "Traceback" not in agent.errors()
+
+
+def _posix_locks(pid: int, path: Path) -> int:
+    """How many POSIX locks ``pid`` holds on ``path`` (from /proc/locks: ``MAJ:MIN:INODE``)."""
+    ino = path.stat().st_ino
+    count = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        # "1: POSIX  ADVISORY  READ 1234 00:2a:17 128 128"; blocked waiters have "->" first
+        if len(fields) >= 6 and fields[1] == "POSIX" and fields[4] == str(pid) \
+                and fields[5].rsplit(":", 1)[-1] == str(ino):
+            count += 1
+    return count
+
+
+def test_readers_of_the_journal_never_cost_the_agent_its_sqlite_locks(
+        tmpfs: Path, agents: list[Agent], eicar: bytes) -> None:
+    """The journal lies on the filesystem the agent protects, and others read it all the time.
+
+    Closing any descriptor of a file drops the process's POSIX locks on it, and the kernel opens
+    one in the agent for every fanotify event. Before realtime/lockedfiles.py, the first reader
+    of the journal cost the agent its lock on ``journal.db-shm``; a later reader then took
+    itself for the first connection, truncated the WAL index, and the agent died of SIGBUS.
+    """
+    agent = Agent(tmpfs / "agent", [str(tmpfs)])
+    agents.append(agent)
+    agent.start()
+    assert agent.proc is not None
+    shm = agent.state / "journal.db-shm"
+    held = _posix_locks(agent.proc.pid, shm)
+    assert held >= 1, Path("/proc/locks").read_text()
+    for i in range(30):  # readers (each one a `hullguard log`) while the agent writes records
+        (tmpfs / f"eicar{i}.com").write_bytes(eicar)
+        agent.records()
+        subprocess.run(["cat", str(shm), str(agent.state / "journal.db"), str(agent.state / "journal.db-wal")],
+                       stdout=subprocess.DEVNULL, check=True, timeout=30)
+    for i in range(30):
+        agent.wait_record(lambda r, o=f"file://{tmpfs}/eicar{i}.com": r.object == o)  # type: ignore[misc]
+    assert _posix_locks(agent.proc.pid, shm) == held, Path("/proc/locks").read_text()
+    assert agent.proc.poll() is None, agent.errors()
+    # the journal is the agent's own: none of its files was scanned or recorded
+    assert not [r for r in agent.records() if "journal.db" in r.object]

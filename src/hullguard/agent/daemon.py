@@ -33,6 +33,7 @@ from typing import Any
 
 from hullguard.agent import stats as agent_stats
 from hullguard.agent.config import Config, RealtimeConfig
+from hullguard.agent.imagerecords import layer_cache_path
 from hullguard.agent.imagewatch import ImageServices
 from hullguard.agent.journal_writer import JournalWriter
 from hullguard.agent.schedule import Scheduler
@@ -41,6 +42,7 @@ from hullguard.journal.record import DetectionRecord, Level, Module, RecordKind
 from hullguard.journal.store import JournalStore
 from hullguard.realtime.exclusions import Exclusions
 from hullguard.realtime.fanotify import Fanotify, FanotifyError
+from hullguard.realtime.lockedfiles import sqlite_files
 from hullguard.realtime.marks import MarkTarget
 from hullguard.realtime.monitor import Monitor, MonitorSettings
 from hullguard.realtime.pool import PoolError, ProcessScanPool
@@ -209,6 +211,9 @@ class Agent:
             user="hullguard agent")
         self.monitor = Monitor(self.fan, self.pool, writer.submit, settings_from(cfg, self.config),
                                containers=None, quarantine=quarantine)
+        # before any filesystem mark: once marked, a reader of the journal would cost the agent
+        # its SQLite locks (realtime/lockedfiles.py)
+        self.monitor.locked.add(sqlite_files(self.config.journal_path))
         self.monitor.start()
         for path in cfg.host_paths:
             try:
@@ -270,6 +275,8 @@ class Agent:
             self._start_behavior()
         if self.config.images.gate != "off":
             self._start_images()
+            if self.monitor is not None:  # the layer cache is open (and locked) from here on
+                self.monitor.locked.add(sqlite_files(layer_cache_path(self.config)))
         # after the monitor: the scheduled scans' worker processes descend from this process,
         # so the monitor never scans their accesses
         self.scheduler = Scheduler(self.config)
@@ -392,3 +399,5 @@ class Agent:
                 log.warning("%d journal records were dropped (journal too slow)", self.writer.dropped)
         if self.store is not None:
             self.store.close()
+        if self.monitor is not None:
+            self.monitor.locked.release()

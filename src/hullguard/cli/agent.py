@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
 from dataclasses import replace
@@ -73,6 +74,8 @@ def agent_command(
                  deadline=rt.deadline if deadline is None else deadline,
                  host_paths=rt.host_paths + tuple(host_path or ()))
     cfg = replace(cfg, realtime=rt)
+    # a crash in native code (yara-x, ctypes) leaves every thread's Python stack on stderr
+    faulthandler.enable()
     logging.basicConfig(level=logging.DEBUG if app_state.debug else logging.INFO, stream=sys.stderr,
                         format="hullguard agent: %(levelname)s %(message)s")
 

@@ -51,6 +51,7 @@ from hullguard.realtime.fanotify import (
     Fanotify,
 )
 from hullguard.realtime.lineage import Lineage
+from hullguard.realtime.lockedfiles import LockedFiles
 from hullguard.realtime.marks import MarkManager, MarkTarget
 from hullguard.realtime.pool import ScanJob, ScanPool
 from hullguard.response.actions import Action
@@ -185,6 +186,8 @@ class Monitor:
         self.settings = settings
         self.containers: ContainerLookup = containers or NoContainers()
         self.marks = MarkManager(fan, settings.mask)
+        # files the agent holds POSIX locks on (its journal): never an event fd closed for them
+        self.locked = LockedFiles(fan, settings.mask)
         self.cache: LRUCache[ScanOutcome] = LRUCache(settings.cache_size)
         self.stats = Stats()
         # Behaviour monitoring's exec gate (behavior.gate.ExecGate.should_deny), set by the agent:
@@ -251,7 +254,7 @@ class Monitor:
             if ev.is_permission:
                 self.fan.respond(ev.fd, True)
         with contextlib.suppress(OSError):
-            os.close(ev.fd)
+            self.locked.close(ev.fd)
 
     def _answer_close(self, ev: EventMetadata, allow: bool = True, pending: Pending | None = None) -> None:
         try:
@@ -261,7 +264,7 @@ class Monitor:
                 else:
                     self.fan.respond(ev.fd, allow, audit=self.settings.audit and not allow)
         finally:
-            os.close(ev.fd)
+            self.locked.close(ev.fd)
 
     def _is_own(self, pid: int) -> bool:
         return pid == self._own_pid or pid in self.pool.pids()
@@ -312,7 +315,7 @@ class Monitor:
                 pending.answer(not self.settings.fail_closed)
             self._report_not_scanned(waiter, Verdict.not_scanned(NotScannedReason.TIMEOUT, "overload"))
         finally:
-            os.close(ev.fd)
+            self.locked.close(ev.fd)
 
     def _in_lane(self, ev: EventMetadata, st: os.stat_result, ctx: EventContext, pending: Pending | None,
                  gate: bool) -> None:
@@ -477,7 +480,7 @@ class Monitor:
                         w.pending.answer(not self.settings.fail_closed)
             for fd in scan.fds:
                 with contextlib.suppress(OSError):
-                    os.close(fd)
+                    self.locked.close(fd)
 
     def _cache_result(self, scan: _Scan, outcome: ScanOutcome) -> None:
         if any(v.reason not in _STABLE_REASONS for v in outcome.not_scanned):
@@ -678,6 +681,7 @@ class Monitor:
         self.cache.clear()
         if self.settings.kernel_cache:
             self.fan.flush_ignores()
+            self.locked.remark()  # the flush dropped the locked files' permanent marks too
 
     def _error(self, exc: BaseException) -> None:
         self.stats.errors += 1
