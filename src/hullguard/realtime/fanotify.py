@@ -176,12 +176,21 @@ class Fanotify:
     def unignore(self, event_fd: int, mask: int) -> None:
         self.mark(FAN_MARK_REMOVE | FAN_MARK_IGNORED_MASK, mask, event_fd, None)
 
+    def exempt(self, path: bytes, mask: int) -> None:
+        """Never report ``mask`` for the file at ``path``: a permanent ignore mark that survives
+        modification and pins the inode (unlike :meth:`ignore`'s), placed without following a
+        symlink. An evictable mark already on the inode becomes permanent (the kernel refuses
+        only the reverse). ``FAN_MARK_FLUSH`` drops it like any inode mark."""
+        flags = FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_DONT_FOLLOW
+        self.mark(flags, mask, AT_FDCWD, path)
+
     def flush_ignores(self) -> None:
         """Drop every inode mark of the group, i.e. every cached verdict (after a signature reload).
 
         ``FAN_MARK_FLUSH`` without a mark type flushes the group's *inode* marks only; the monitor
         places inode marks for nothing but ignore masks (its watches are filesystem marks), so
-        this forgets exactly the kernel-cached verdicts and keeps protection in place.
+        this forgets the kernel-cached verdicts and keeps protection in place. It drops the
+        :meth:`exempt` marks too; ``LockedFiles.remark`` places them again.
         """
         self.mark(FAN_MARK_FLUSH, 0, AT_FDCWD, None)
 

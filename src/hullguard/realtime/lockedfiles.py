@@ -23,27 +23,20 @@ The files are never scanned in real time: they are the agent's own, like its oth
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import threading
 from collections.abc import Iterable
 
-from hullguard.realtime.fanotify import (
-    AT_FDCWD,
-    FAN_MARK_ADD,
-    FAN_MARK_DONT_FOLLOW,
-    FAN_MARK_IGNORED_MASK,
-    FAN_MARK_IGNORED_SURV_MODIFY,
-    FAN_MARK_REMOVE,
-    Fanotify,
-    FanotifyError,
-)
+from hullguard.realtime.fanotify import Fanotify, FanotifyError
 
 log = logging.getLogger("hullguard.realtime")
 
 MAX_PARKED = 4096
 """Descriptors kept open at most; beyond that they are closed (and the loss logged)."""
+
+Inode = tuple[int, int]
+"""``(st_dev, st_ino)``."""
 
 
 def sqlite_files(db: str | os.PathLike[str]) -> list[str]:
@@ -59,14 +52,12 @@ class LockedFiles:
         self._fan = fan
         self._mask = mask
         self._lock = threading.Lock()
-        self._paths: dict[tuple[int, int], str] = {}
+        self._paths: dict[Inode, str] = {}
         self._parked: list[int] = []
-        self.parked_total = 0
         self._warned = False
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._paths)
+    def __contains__(self, inode: Inode) -> bool:
+        return inode in self._paths
 
     @property
     def parked(self) -> int:
@@ -82,52 +73,48 @@ class LockedFiles:
                 continue
             with self._lock:
                 self._paths[(st.st_dev, st.st_ino)] = path
-            self._mark(path)
+            self._exempt(path)
 
     def remark(self) -> None:
         """Place every ignore mark again (after ``FAN_MARK_FLUSH`` dropped them)."""
         with self._lock:
             paths = list(self._paths.values())
         for path in paths:
-            self._mark(path)
+            self._exempt(path)
 
-    def _mark(self, path: str) -> None:
-        flags = FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_DONT_FOLLOW
-        raw = os.fsencode(path)
+    def _exempt(self, path: str) -> None:
         try:
-            self._fan.mark(flags, self._mask, AT_FDCWD, raw)
-        except FanotifyError as exc:
-            if exc.errno != errno.EEXIST:
-                log.warning("cannot exempt %s from real-time events: %s", path, exc)
-                return
-            # an evictable verdict-cache mark is on the inode already; a permanent mark cannot
-            # join it, so drop it first (removing its whole mask removes the mark)
-            with contextlib.suppress(FanotifyError):
-                self._fan.mark(FAN_MARK_REMOVE | FAN_MARK_IGNORED_MASK | FAN_MARK_DONT_FOLLOW,
-                               self._mask, AT_FDCWD, raw)
-            try:
-                self._fan.mark(flags, self._mask, AT_FDCWD, raw)
-            except FanotifyError as again:
-                log.warning("cannot exempt %s from real-time events: %s", path, again)
+            self._fan.exempt(os.fsencode(path), self._mask)
+        except FanotifyError as exc:  # parking still keeps its locks, one descriptor per event
+            log.warning("cannot exempt %s from real-time events: %s", path, exc)
 
-    def close(self, fd: int) -> None:
-        """Close an event descriptor, unless it refers to a locked file (then it is parked)."""
+    def close(self, fd: int, inode: Inode | None = None) -> None:
+        """Close an event descriptor, unless it refers to a locked file (then it is parked).
+
+        ``inode``: the file's, when the caller knows it already (no ``fstat`` then: this runs
+        for every event).
+        """
         if self._paths:
-            try:
-                st = os.fstat(fd)
-            except OSError:
-                st = None
-            if st is not None and (st.st_dev, st.st_ino) in self._paths:
-                with self._lock:
-                    if len(self._parked) < MAX_PARKED:
-                        self._parked.append(fd)
-                        self.parked_total += 1
-                        return
-                    warn, self._warned = not self._warned, True
-                if warn:
-                    log.warning("more than %d events on the agent's own locked files; closing them "
-                                "may drop the journal's locks", MAX_PARKED)
+            if inode is None:
+                try:
+                    st = os.fstat(fd)
+                    inode = (st.st_dev, st.st_ino)
+                except OSError:
+                    pass
+            if inode in self._paths and self._park(fd):
+                return
         os.close(fd)
+
+    def _park(self, fd: int) -> bool:
+        with self._lock:
+            if len(self._parked) < MAX_PARKED:
+                self._parked.append(fd)
+                return True
+            warn, self._warned = not self._warned, True
+        if warn:
+            log.warning("more than %d events on the agent's own locked files; closing them "
+                        "may drop the journal's locks", MAX_PARKED)
+        return False
 
     def release(self) -> None:
         """Close the parked descriptors (at shutdown, after the stores were closed)."""

@@ -256,7 +256,9 @@ class Monitor:
         with contextlib.suppress(OSError):
             self.locked.close(ev.fd)
 
-    def _answer_close(self, ev: EventMetadata, allow: bool = True, pending: Pending | None = None) -> None:
+    def _answer_close(self, ev: EventMetadata, allow: bool = True, pending: Pending | None = None,
+                      st: os.stat_result | None = None) -> None:
+        """``st``: the event file's, when known (saves :meth:`LockedFiles.close` an fstat)."""
         try:
             if ev.is_permission:
                 if pending is not None:  # the watchdog may have answered already: exactly once
@@ -264,7 +266,7 @@ class Monitor:
                 else:
                     self.fan.respond(ev.fd, allow, audit=self.settings.audit and not allow)
         finally:
-            self.locked.close(ev.fd)
+            self.locked.close(ev.fd, (st.st_dev, st.st_ino) if st is not None else None)
 
     def _is_own(self, pid: int) -> bool:
         return pid == self._own_pid or pid in self.pool.pids()
@@ -281,7 +283,7 @@ class Monitor:
             return
         st = os.fstat(ev.fd)
         if not stat.S_ISREG(st.st_mode):
-            self._answer_close(ev)
+            self._answer_close(ev, st=st)
             return
         if ev.mask & FAN_OPEN_EXEC_PERM and self._gate_sees(self.marks.target(st.st_dev)):
             ctx = resolve(ev.pid, st, fd_path(ev.fd), self.marks.target(st.st_dev), self.processes)
@@ -315,7 +317,7 @@ class Monitor:
                 pending.answer(not self.settings.fail_closed)
             self._report_not_scanned(waiter, Verdict.not_scanned(NotScannedReason.TIMEOUT, "overload"))
         finally:
-            self.locked.close(ev.fd)
+            self.locked.close(ev.fd, (st.st_dev, st.st_ino))
 
     def _in_lane(self, ev: EventMetadata, st: os.stat_result, ctx: EventContext, pending: Pending | None,
                  gate: bool) -> None:
@@ -326,7 +328,7 @@ class Monitor:
         except Exception as exc:  # never leave an event unanswered
             self._error(exc)
             with contextlib.suppress(OSError):
-                self._answer_close(ev, True, pending)
+                self._answer_close(ev, True, pending, st)
 
     def _decide(self, ev: EventMetadata, st: os.stat_result, ctx: EventContext | None,
                 pending: Pending | None, *, in_lane: bool) -> None:
@@ -334,13 +336,13 @@ class Monitor:
         cached = self.cache.get(key)
         if cached is not None and not cached.detections:
             self.stats.cache_hits += 1
-            self._answer_close(ev, pending=pending)
+            self._answer_close(ev, pending=pending, st=st)
             return
         # a worker being started (before its pid is known), a scheduled scan's forkserver
         # workers, any helper process the agent runs
         if self.lineage.descends(ev.pid):
             self.stats.own += 1
-            self._answer_close(ev, pending=pending)
+            self._answer_close(ev, pending=pending, st=st)
             return
         if ctx is None and (not self.settings.exclusions.empty or not ev.is_permission or st.st_size == 0):
             # exclusions need it now; a notification's process may be gone by the verdict; an
@@ -349,7 +351,7 @@ class Monitor:
             ctx = resolve(ev.pid, st, fd_path(ev.fd), self.marks.target(st.st_dev), self.processes)
         if ctx is not None:
             if self._excluded(ctx, names=in_lane):
-                self._answer_close(ev, pending=pending)
+                self._answer_close(ev, pending=pending, st=st)
                 return
             if not in_lane and self.settings.exclusions.users:
                 self._to_lane(ev, st, ctx, gate=False)  # user names are read off the reader thread
@@ -389,7 +391,7 @@ class Monitor:
             self._error(exc)
             return False
         self.stats.denied += 1
-        self._answer_close(ev, allow=False, pending=pending)
+        self._answer_close(ev, allow=False, pending=pending, st=ctx.st)
         return True
 
     def _gate_sees(self, target: MarkTarget | None) -> bool:
@@ -480,7 +482,7 @@ class Monitor:
                         w.pending.answer(not self.settings.fail_closed)
             for fd in scan.fds:
                 with contextlib.suppress(OSError):
-                    self.locked.close(fd)
+                    self.locked.close(fd, (scan.key.dev, scan.key.ino))
 
     def _cache_result(self, scan: _Scan, outcome: ScanOutcome) -> None:
         if any(v.reason not in _STABLE_REASONS for v in outcome.not_scanned):
